@@ -1,0 +1,1 @@
+"""Raw MEAD / HDTF -> training store."""
