@@ -118,7 +118,8 @@ def write_video(
         # Every stream must exist before the first packet is muxed (the header is written then).
         audio_stream = _add_audio_stream(container, sample_rate) if audio is not None else None
         for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            # Convert to yuv420p here: PyAV's implicit conversion inside encode() is not deterministic.
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
             frame.pts = i
             for packet in stream.encode(frame):
                 container.mux(packet)
