@@ -1,0 +1,1 @@
+"""EDM maths for SVD training and sampling."""
