@@ -3,8 +3,11 @@
 Training goes through Lightning's own CLI (configs print with ``--print_config``, override with dotted
 flags, and resume with ``--ckpt_path last``); the other commands are plain argparse sub-commands::
 
-    dicetalk fit --config configs/tiny/embedder.yaml [--ckpt_path last]
+    dicetalk fit --config configs/tiny/embedder.yaml [--ckpt_path auto]
     dicetalk weights list|download|verify
+
+Before instantiating anything, ``fit`` checks every input path of the config and lists all that are missing
+in one error; ``--ckpt_path auto`` resumes from the newest of Lightning's hpc checkpoint and ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,25 @@ def run_lightning(argv: list[str]) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(
+    from dicetalk.lightning.callbacks import CheckpointOnSignal, NonFiniteLossGuard
+    from dicetalk.preflight import check_config
+    from dicetalk.resume import resolve_ckpt_path
+
+    class DicetalkCLI(LightningCLI):
+        """LightningCLI + preflight checks, the training guards, and resume from the run's newest checkpoint."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")  # --nonfinite.on_nonfinite skip
+            parser.add_lightning_class_args(CheckpointOnSignal, "signal_checkpoint")
+
+        def before_instantiate_classes(self) -> None:
+            check_config(self.config[self.subcommand], f"dicetalk {self.subcommand}")
+
+        def before_fit(self) -> None:
+            kwargs = self.config_init[self.subcommand]
+            kwargs["ckpt_path"] = resolve_ckpt_path(self.trainer, kwargs.get("ckpt_path"))
+
+    DicetalkCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -50,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        run_lightning(argv)
+        from dicetalk.preflight import PreflightError
+
+        try:
+            run_lightning(argv)
+        except PreflightError as exc:  # everything missing, in one message, before any heavy work
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
