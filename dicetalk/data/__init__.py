@@ -1,0 +1,1 @@
+"""Store readers, datasets, samplers and DataModules (never imports dicetalk.models)."""

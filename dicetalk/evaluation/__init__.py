@@ -1,0 +1,1 @@
+"""Evaluation helpers that need no Lightning (embedding quality; the talker evaluation lives elsewhere)."""
