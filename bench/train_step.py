@@ -76,8 +76,8 @@ def make_optimizer(params, name: str):
 
 def run_case(case: Case) -> dict:
     """Build, run warmup + timed steps, return the measurements."""
-    from dicetalk.diffusion.edm import add_noise, sample_sigmas
-    from dicetalk.models.talker import LossWeights, classifier_loss, count_parameters, denoising_loss, total_loss
+    from dicetalk.models.talker import LossWeights, count_parameters
+    from dicetalk.models.talker.step import diffusion_step
 
     torch.manual_seed(0)
     if case.threads:
@@ -109,14 +109,12 @@ def run_case(case: Case) -> dict:
         labels=torch.zeros(b, dtype=torch.long, device=device),
     )
 
+    weights = LossWeights()
+    inputs = {k: v for k, v in batch.items() if k != "clean"}
+
     def step() -> None:
-        sigma = sample_sigmas(b, device=device)
-        noisy = add_noise(batch["clean"], sigma, torch.randn_like(batch["clean"]))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
-            out = talker(noisy, sigma, batch["ref_latents"], batch["image_embeds"], batch["added_time_ids"],
-                         batch["whisper"], batch["prior"], batch["face_mask"])
-            loss = total_loss(denoising_loss(out.denoised, batch["clean"], sigma),
-                              classifier_loss(out.logits, batch["labels"]), out.vq_loss, LossWeights())
+            loss = diffusion_step(talker, batch["clean"], weights=weights, **inputs).loss
         loss.backward()
         talker.clear_context()
         optimizer.step()

@@ -98,6 +98,9 @@ def tiny_talker_config(**overrides: Any) -> TalkerConfig:
     return TalkerConfig(**values)
 
 
+TINY_BASE_SEED = 0  # the tiny base is random: one fixed seed makes it reproducible across loads
+
+
 @dataclass
 class TalkerParts:
     """The trainable talker and the frozen encoders it needs."""
@@ -135,20 +138,31 @@ def build_talker(
     config: TalkerConfig | None = None,
     variant: str | None = None,
 ) -> TalkerParts:
-    """Talker + frozen VAE and CLIP image encoder (eval mode, no gradients)."""
-    unet = build_unet(size, svd_path, variant)
+    """Talker + frozen VAE and CLIP image encoder (eval mode, no gradients).
+
+    The tiny base has random weights; it is built under a fixed seed (``TINY_BASE_SEED``, leaving the global
+    RNG untouched) so that every reload of a tiny checkpoint gets the same frozen weights back.
+    """
     if size == "tiny":
-        vae = AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG)
-        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_VISION_CONFIG))
-        config = config or tiny_talker_config()
-    else:
-        _require_folder(svd_path, "vae")
-        _require_folder(svd_path, "image_encoder")
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(svd_path, subfolder="vae", variant=variant)
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-            svd_path, subfolder="image_encoder", variant=variant
-        )
-        config = config or TalkerConfig()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_BASE_SEED)
+            unet = build_unet(size, svd_path, variant)
+            vae = AutoencoderKLTemporalDecoder(**TINY_VAE_CONFIG)
+            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_VISION_CONFIG))
+            config = config or tiny_talker_config()
+            return _assemble(unet, vae, image_encoder, config)
+    unet = build_unet(size, svd_path, variant)
+    _require_folder(svd_path, "vae")
+    _require_folder(svd_path, "image_encoder")
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(svd_path, subfolder="vae", variant=variant)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+        svd_path, subfolder="image_encoder", variant=variant
+    )
+    config = config or TalkerConfig()
+    return _assemble(unet, vae, image_encoder, config)
+
+
+def _assemble(unet, vae, image_encoder, config: TalkerConfig) -> TalkerParts:
     for frozen in (vae, image_encoder):
         frozen.eval().requires_grad_(False)
     return TalkerParts(Talker(unet, config), vae, image_encoder, SVD_VAE_SCALING)
