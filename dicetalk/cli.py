@@ -4,6 +4,9 @@ Training goes through Lightning's own CLI (configs print with ``--print_config``
 flags, and resume with ``--ckpt_path last``); the other commands are plain argparse sub-commands::
 
     dicetalk fit --config configs/tiny/embedder.yaml [--ckpt_path auto]
+    dicetalk generate --talker CKPT --image IMG --audio WAV --emotion happy --out out.mp4
+    dicetalk eval --config configs/eval.yaml
+    dicetalk import-official --dir checkpoints/DICE-Talk --out released.safetensors
     dicetalk weights list|download|verify
 
 Before instantiating anything, ``fit`` checks every input path of the config and lists all that are missing
@@ -54,6 +57,7 @@ def run_lightning(argv: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dicetalk.cli_infer import add_eval_parser, add_generate_parser, add_import_parser
     from dicetalk.cli_weights import add_weights_parser
 
     parser = argparse.ArgumentParser(
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         commands.add_parser(name, help=f"Lightning `{name}` with a YAML config (see `dicetalk {name} --help`)")
+    add_generate_parser(commands)
+    add_eval_parser(commands)
+    add_import_parser(commands)
     add_weights_parser(commands)
     return parser
 
