@@ -322,3 +322,22 @@ def process_clip(spec: ClipSpec, store: Path, config: PrepConfig, models: Models
         return {"clip_id": spec.clip_id, "status": "failed", "reason": "error", "detail": detail}
     failure.unlink(missing_ok=True)
     return {"clip_id": spec.clip_id, "status": "done", "n_frames": int(arrays["n_frames"])}
+
+
+def feature_extractor(whisper: str, landmarks: str = "face_alignment", device: str = "cpu", size: int = 256):
+    """``(video, audio or None) -> (expression (T, D), whisper (2T, 5, 384))`` for any video file.
+
+    The same clip preparation as the store (crop, landmarks, expression features, whisper-tiny), so stage-1
+    priors of arbitrary videos match what the embedder saw in training (``dicetalk.priors.media_prior``).
+    """
+    models = Models(PrepConfig(size=size, landmarks=landmarks, whisper=whisper, device=device))
+
+    def extract(video: Path, audio: Path | None) -> tuple[np.ndarray, np.ndarray]:
+        spec = ClipSpec(video.stem, "hdtf", video.stem, None, None, video, audio)
+        try:
+            arrays = prepare_clip(spec, models.config, models)
+        except ClipFailure as err:
+            raise ValueError(f"{video}: cannot compute emotion features ({err})") from None
+        return arrays["expression"], arrays["whisper"]
+
+    return extract

@@ -443,23 +443,13 @@ def video_prior_fn(embedder_ckpt: str | os.PathLike, whisper: str, landmarks: st
     Features come from data_prep's own clip preparation (same crop, landmarks, expression features and
     whisper-tiny as the store), so the prior matches what the embedder saw in training.
     """
-    from data_prep.layouts import ClipSpec
-    from data_prep.pipeline import ClipFailure, Models, PrepConfig, prepare_clip
+    from data_prep.pipeline import feature_extractor
     from dicetalk.models.embedder import load_embedder
     from dicetalk.priors import checkpoint_window, media_prior
 
     model = load_embedder(embedder_ckpt).to(device)
     window = window or checkpoint_window(embedder_ckpt)
-    models = Models(PrepConfig(size=256, landmarks=landmarks, whisper=whisper, device=device))
-
-    def extract(video: Path, audio: Path | None) -> tuple[np.ndarray, np.ndarray]:
-        spec = ClipSpec(video.stem, "hdtf", video.stem, None, None, video, audio)
-        try:
-            arrays = prepare_clip(spec, models.config, models)
-        except ClipFailure as err:
-            raise ValueError(f"{video}: cannot use as emotion reference ({err})") from None
-        return arrays["expression"], arrays["whisper"]
-
+    extract = feature_extractor(whisper, landmarks, device)
     return lambda path: media_prior(model, path, None, extract, window)[0]
 
 

@@ -10,6 +10,7 @@
 
     python -m dicetalk.priors export --ckpt last.ckpt --store STORE --out priors/
     python -m dicetalk.priors clip --ckpt last.ckpt --store STORE --clip-id M003_angry_3_001 --out angry.npy
+    python -m dicetalk.priors media --ckpt last.ckpt --video ref.mp4 [--audio ref.wav] --whisper DIR --out ref.npy
 """
 from __future__ import annotations
 
@@ -141,15 +142,21 @@ def checkpoint_window(path: str | Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``export`` per-emotion priors, or ``clip`` for the prior of one store clip."""
+    """CLI: ``export`` per-emotion priors; ``clip`` / ``media``: the prior of one store clip / any video."""
     parser = argparse.ArgumentParser(prog="python -m dicetalk.priors", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("export", "clip"):
+    for name in ("export", "clip", "media"):
         p = sub.add_parser(name)
         p.add_argument("--ckpt", required=True, help="EmbedderModule checkpoint (e.g. .../last.ckpt)")
-        p.add_argument("--store", required=True)
-        p.add_argument("--out", required=True, help="export: output folder; clip: output .npy")
+        p.add_argument("--out", required=True, help="export: output folder; clip / media: output .npy")
         p.add_argument("--window", type=int, default=None, help="frames per window (default: the training window)")
+        if name == "media":
+            p.add_argument("--video", required=True, help="any video with a face")
+            p.add_argument("--audio", default=None, help="separate audio file (default: the video's track)")
+            p.add_argument("--whisper", default="openai/whisper-tiny", help="whisper-tiny folder or hub id")
+            p.add_argument("--landmarks", default="face_alignment", choices=["face_alignment", "sidecar"])
+            continue
+        p.add_argument("--store", required=True)
         if name == "export":
             p.add_argument("--splits", nargs="+", default=["train"])
         else:
@@ -157,6 +164,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     model = load_embedder(args.ckpt)
     window = args.window or checkpoint_window(args.ckpt)
+    if args.command == "media":
+        from data_prep.pipeline import feature_extractor  # data_prep's clip preparation = the store's features
+
+        extract = feature_extractor(args.whisper, args.landmarks)
+        audio = None if args.audio is None else Path(args.audio)
+        _save_prior(args.out, *media_prior(model, Path(args.video), audio, extract, window))
+        return
     store = Store(args.store)
     if args.command == "export":
         priors = emotion_priors(model, store, window, args.splits)
@@ -165,12 +179,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         for path in write_priors(priors, args.out, meta):
             print(path)
     else:
-        mu, sigma = store_clip_prior(model, store, args.clip_id, window)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.save(f, {"mu": mu[None], "sigma": sigma[None]}, allow_pickle=True)
-        print(out)
+        _save_prior(args.out, *store_clip_prior(model, store, args.clip_id, window))
+
+
+def _save_prior(path: str | Path, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """One prior in the released format ({'mu': (1, D)}), plus its sigma."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, {"mu": mu[None], "sigma": sigma[None]}, allow_pickle=True)
+    print(out)
 
 
 if __name__ == "__main__":
