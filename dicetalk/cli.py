@@ -52,7 +52,7 @@ def run_lightning(argv: list[str]) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,  # None: LightningCLI reads sys.argv itself (no warning)
     )
 
 
