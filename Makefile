@@ -39,7 +39,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m data_prep.synthetic --out $(DEMO)/raw
+	$(PY) -m data_prep.synthetic --out $(DEMO)/raw --mead-identities 12
 	$(PY) -c "from dicetalk.audio import make_tiny_whisper; make_tiny_whisper('$(DEMO)/whisper-tiny-random')"
 	$(PY) -m data_prep mead --raw $(DEMO)/raw/mead --out $(DEMO)/store --landmarks sidecar \
 	    --whisper $(DEMO)/whisper-tiny-random --size 64 --workers 2
