@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from dicetalk.constants import EMOTIONS, WHISPER_DIM, WHISPER_LAYERS
 
@@ -176,13 +174,3 @@ def make_fake_store(
     (root / "failures.jsonl").write_text("")
     (root / "prep.log").write_text("fake store written by tests/store_fixtures.py\n")
     return root
-
-
-@pytest.fixture
-def one_thread():
-    """Run a test's training with one torch thread (tiny matrices: as fast, and immune to OpenMP
-    spin-waits when other jobs share the CPU cores); restores the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from lightning.pytorch.cli import LightningCLI
-from store_fixtures import one_thread  # noqa: F401 (fixture)
 
 from data_prep.__main__ import main as prep
 from data_prep.synthetic import SyntheticConfig, generate

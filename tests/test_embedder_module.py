@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
-from store_fixtures import make_fake_store, one_thread  # noqa: F401 (fixture)
+from store_fixtures import make_fake_store
 
 from dicetalk.data.embedder_data import EmbedderDataModule
 from dicetalk.lightning import EmbedderModule

@@ -16,12 +16,7 @@ from store_fixtures import make_fake_store
 EMOS = ["neutral", "happy", "angry", "surprised"]  # the four Emo-Score emotions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

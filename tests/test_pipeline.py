@@ -10,12 +10,7 @@ from dicetalk.pipeline import (DiceTalkPipeline, GenerationInput, SamplingConfig
                                parse_schedule, resolve_emotion, upsample_frames, whisper_windows, window_schedule)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_window_schedule_covers_every_frame_and_shifts():

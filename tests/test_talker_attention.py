@@ -14,13 +14,7 @@ from dicetalk.models.talker.build import TINY_UNET_CONFIG
 B, F, C, HEADS, D, N = 2, 3, 8, 2, 6, 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine oversubscribe it and make UNet steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def attend(q, k, v, heads):

@@ -14,7 +14,9 @@ from dicetalk.models.talker.config import TalkerConfig
 from dicetalk.models.talker.losses import LossWeights
 from dicetalk.models.talker.talker import Talker
 
-from test_talker_attention import one_thread, tiny_inputs  # noqa: F401 (autouse fixture)
+from test_talker_attention import tiny_inputs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -371,11 +371,10 @@ class TalkerModule(pl.LightningModule):
 
 
 def _has_moviepy() -> bool:
-    try:
-        import moviepy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """TensorBoard's add_video needs moviepy, which is not a dependency."""
+    import importlib.util
+
+    return importlib.util.find_spec("moviepy") is not None
 
 
 def load_for_inference(
