@@ -141,6 +141,12 @@ def test_validation_renders_a_sample(env, tmp_path):
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     assert "val/sample" in events.Tags()["images"]
+    import io
+
+    from PIL import Image
+
+    gif = Image.open(io.BytesIO(events.Images("val/sample")[0].encoded_image_string))
+    assert (gif.format, gif.n_frames, gif.size) == ("GIF", 4, (96, 32))  # an animation TensorBoard plays
 
 
 def _ablation_args(name: str) -> dict:

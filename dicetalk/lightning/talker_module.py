@@ -338,8 +338,8 @@ class TalkerModule(pl.LightningModule):
         return out
 
     def _log_sample(self, clean: Tensor, inputs: dict[str, Tensor], ref_pixels: Tensor) -> None:
-        """Render one validation sample; log reference | generated | ground-truth frames to TensorBoard
-        (a video when moviepy is installed, else an image grid) and write it as mp4 under the log dir."""
+        """Render one validation sample; log reference | generated | ground-truth frames to TensorBoard as an
+        animated image and write it as mp4 under the log dir."""
         latents = self.sample(inputs, clean.shape, self.hparams.val_sample_steps)
         chunk = self.hparams.vae_chunk
         generated = vae_decode(self.vae, latents / self.vae_scaling, chunk)[0]  # (F, 3, H, W)
@@ -353,12 +353,8 @@ class TalkerModule(pl.LightningModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         even = frames[..., : frames.shape[-2] // 2 * 2, : frames.shape[-1] // 2 * 2]  # H.264 needs even sides
         write_video(path, even.permute(0, 2, 3, 1).numpy(), 25 / 2)
-        if experiment is None:
-            return
-        if _has_moviepy() and hasattr(experiment, "add_video"):
-            experiment.add_video("val/sample", frames[None], self.global_step, fps=12)
-        elif hasattr(experiment, "add_image"):
-            experiment.add_image("val/sample", torch.cat(list(frames), dim=-2), self.global_step)  # frames stacked
+        if experiment is not None and hasattr(experiment, "_get_file_writer"):  # a TensorBoard SummaryWriter
+            experiment._get_file_writer().add_summary(gif_summary("val/sample", frames, fps=12.5), self.global_step)
 
     # -- inference loading ----------------------------------------------------------------------------
     @staticmethod
@@ -370,11 +366,23 @@ class TalkerModule(pl.LightningModule):
         return load_for_inference(ckpt_path, map_location, use_ema, svd_path)
 
 
-def _has_moviepy() -> bool:
-    """TensorBoard's add_video needs moviepy, which is not a dependency."""
-    import importlib.util
+def gif_summary(tag: str, frames: Tensor, fps: float):
+    """A TensorBoard image summary holding an animated GIF of ``frames`` (F, 3, H, W) uint8.
 
-    return importlib.util.find_spec("moviepy") is not None
+    TensorBoard plays GIF image summaries as videos. torch's ``add_video`` needs moviepy 1.x and, with
+    torch 2.9 and numpy >= 2.4, fails in its own reshape, so the GIF is encoded here with Pillow.
+    """
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=1000 / fps, loop=0)
+    image = Summary.Image(height=frames.shape[-2], width=frames.shape[-1], colorspace=3,
+                          encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 def load_for_inference(
