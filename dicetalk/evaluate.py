@@ -123,16 +123,9 @@ class EvalConfig:
 
 def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> EvalConfig:
     """EvalConfig from a YAML file (or defaults) with ``overrides`` (None values ignored) applied."""
-    import yaml
+    from dicetalk.preflight import read_yaml
 
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as err:
-            raise EvalError(f"{path}: cannot read the config ({err.strerror})") from None
-        except yaml.YAMLError as err:
-            raise EvalError(f"{path}: not valid YAML ({err})") from None
+    values: dict[str, Any] = read_yaml(path, EvalError) if path is not None else {}
     for key, value in (overrides or {}).items():
         if value is None:
             continue

@@ -135,19 +135,24 @@ def check_config(config: Any, context: str = "", root: str | Path | None = None)
     check(requirements_from_config(config), context, root)
 
 
+def read_yaml(path: str | Path, error: type[Exception] = PreflightError) -> dict[str, Any]:
+    """A YAML file as a dict; an unreadable or invalid file raises ``error`` with a one-line message."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise error(f"{path}: cannot read the config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({exc})") from None
+
+
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """A YAML config as a dict, with ``--a.b.c value`` / ``--a.b.c=value`` overrides applied (others ignored).
 
     As in LightningCLI, ``--data.X`` / ``--model.X`` stand for ``--data.init_args.X`` / ``--model.init_args.X``.
     """
-    import yaml
-
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise PreflightError(f"{path}: cannot read the config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise PreflightError(f"{path}: not valid YAML ({exc})") from None
+    config = read_yaml(path)
     args = list(overrides)
     for i, arg in enumerate(args):
         if not arg.startswith("--"):
