@@ -22,17 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dicetalk.conditioning import face_box_mask
 from dicetalk.constants import EMOTIONS, FPS, SAMPLES_PER_FRAME
+from dicetalk.data.talker_data import whisper_windows  # the same frame -> whisper mapping as training
 from dicetalk.diffusion.edm import added_time_ids
 from dicetalk.diffusion.sampler import euler_sample, karras_sigmas, three_way_guidance
+from dicetalk.models.talker.step import encode_image
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-WHISPER_BEFORE, WHISPER_AFTER = 4, 6  # 25 fps frame f reads whisper frames [2f - 4, 2f + 6) at 50 Hz
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 
 
@@ -143,18 +141,6 @@ def mix_priors(a: np.ndarray, b: np.ndarray, mix: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- frame layout
 
 
-def whisper_windows(whisper: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """(len(frames), 10, 5, 384) whisper windows: 25 fps frame f reads 50 Hz frames [2f - 4, 2f + 6),
-    zero outside the features."""
-    whisper = np.asarray(whisper, np.float32)
-    frames = np.asarray(frames, np.int64)
-    span = WHISPER_BEFORE + WHISPER_AFTER
-    length = max(WHISPER_BEFORE + len(whisper), 2 * int(frames.max(initial=0)) + span)
-    padded = np.zeros((length, *whisper.shape[1:]), np.float32)
-    padded[WHISPER_BEFORE: WHISPER_BEFORE + len(whisper)] = whisper
-    return np.stack([padded[2 * f: 2 * f + span] for f in frames])
-
-
 def window_schedule(n: int, window: int, step: int, shift: int) -> list[np.ndarray]:
     """Frame indices of the windows denoised at sampling step ``step`` over a (padded) sequence of ``n``.
 
@@ -229,9 +215,10 @@ class DiceTalkPipeline:
     @torch.no_grad()
     def encode_reference(self, image: np.ndarray) -> tuple[Tensor, Tensor]:
         """(unscaled VAE posterior mode (1, 4, h, w), CLIP image embedding (1, 1, D)) of a uint8 RGB image."""
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(self.device) / 255
-        latents = self.vae.encode((pixels * 2 - 1).to(self.vae.dtype)).latent_dist.mode()
-        return latents.to(self.dtype), clip_embed(self.image_encoder, pixels).to(self.dtype)
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(self.device) / 127.5 - 1
+        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        # the same CLIP preprocessing as training (models.talker.step.encode_image)
+        return latents.to(self.dtype), encode_image(self.image_encoder, pixels).to(self.dtype)
 
     def _branches(self, ref: Tensor, embeds: Tensor, whisper: Tensor, prior: Tensor) -> dict[str, Tensor]:
         """Batched inputs of the guidance branches: uncond, ref (image only), full [, no_emotion]."""
@@ -329,18 +316,6 @@ class DiceTalkPipeline:
         latents = self.sample(ref_latents, image_embeds, whisper_windows(inputs.whisper, generated),
                               np.ascontiguousarray(priors[generated]), mask, generator)
         return upsample_frames(self.decode(latents), cfg.frame_stride, inputs.n_frames)
-
-
-def clip_embed(image_encoder: torch.nn.Module, pixels: Tensor) -> Tensor:
-    """CLIP image embedding (B, 1, D) of RGB pixels (B, 3, H, W) in [0, 1], preprocessed as SVD does:
-    antialiased bicubic resize to the encoder's size, CLIP mean / std."""
-    size = image_encoder.config.image_size
-    x = F.interpolate(pixels.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    x = ((x.clamp(0, 1) - mean) / std).to(next(image_encoder.parameters()).dtype)
-    with torch.no_grad():
-        return image_encoder(pixel_values=x).image_embeds[:, None]
 
 
 def _progress(total: int, enabled: bool):
