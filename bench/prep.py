@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from data_prep import layouts
-from data_prep.pipeline import Models, PrepConfig, nearest_frames, prepare_clip, video_seconds, write_clip
+from data_prep.pipeline import (Models, PrepConfig, nearest_frames, prepare_clip, staging_folder, video_seconds,
+                               write_clip)
 from dicetalk import face, media
 from dicetalk.audio import make_tiny_whisper
 from dicetalk.constants import FPS
@@ -85,7 +86,8 @@ def main() -> None:
     _ = models.whisper  # load time is not per clip
     start = time.perf_counter()
     for spec in clips:
-        write_clip(work / "store", spec, prepare_clip(spec, config, models))
+        with staging_folder(work / "store", spec.clip_id) as tmp:
+            write_clip(work / "store", spec, prepare_clip(spec, config, models, folder=tmp), tmp)
     t_full = time.perf_counter() - start
 
     print(f"{len(clips)} {args.dataset} clips, {n_frames} frames at 25 fps, crop {args.size} px, one worker")

@@ -3,7 +3,8 @@
 Steps: probe -> 25 fps frame choice by timestamps -> 16 kHz audio -> landmarks -> square crop + resize ->
 crop-space landmarks, face box, expression features -> whisper features -> optional VAE latents -> write.
 Everything is written inside ``clips/.tmp-{clip_id}-{pid}`` and renamed into place last, so a clip folder
-exists only when complete and a killed run leaves nothing that looks finished.
+exists only when complete and a killed run leaves nothing that looks finished. The cropped frames are encoded
+chunk by chunk as they are cut, so memory does not grow with the clip's length.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +160,13 @@ def _load_rows(folder: str, clip: face.ClipFrames) -> np.ndarray:
                                        f"{len(clip.source_indices)}")
 
 
-def prepare_clip(spec: ClipSpec, config: PrepConfig, models: Models, stage: Stage | None = None) -> dict[str, Any]:
-    """Compute every store array of one clip in memory. Raises :class:`ClipFailure` for bad input."""
+def prepare_clip(spec: ClipSpec, config: PrepConfig, models: Models, stage: Stage | None = None,
+                 folder: Path | None = None) -> dict[str, Any]:
+    """Compute the store arrays of one clip. Raises :class:`ClipFailure` for bad input.
+
+    The cropped frames (and their VAE latents) are streamed into ``folder/frames.mp4`` chunk by chunk; without
+    ``folder`` they are cut (for the crop-space landmarks) but not kept.
+    """
     stage = stage or Stage()
     # --- probe
     stage("probe")
@@ -211,17 +219,29 @@ def prepare_clip(spec: ClipSpec, config: PrepConfig, models: Models, stage: Stag
     # --- crop
     stage("crop")
     boxes = face.crop_boxes(landmarks, info.width, info.height, config.crop)
-    frames, pixel_boxes = [], []
-    try:
+    pixel_boxes, latents = [], []
+
+    def crops() -> Iterator[np.ndarray]:
         for start in range(0, n_frames, _CHUNK):
             positions = np.arange(start, min(n_frames, start + _CHUNK))
-            crops, used = face.crop_and_resize(reader(positions), boxes[positions], config.size)
-            frames.append(crops)
+            chunk, used = face.crop_and_resize(reader(positions), boxes[positions], config.size)
             pixel_boxes.append(used)
+            if models.vae is not None:
+                stage("latents")
+                latents.append(encode_latents(models.vae, chunk, config.device))
+                stage("crop")
+            yield chunk
+
+    try:
+        if folder is None:
+            for _ in crops():
+                pass
+        else:
+            media.write_video(folder / FILES["frames"], crops(), FPS)
     except media.MediaError as exc:
         raise ClipFailure("corrupt_video", str(exc)) from exc
     reader.release()  # free the source frames before the models run
-    frames, pixel_boxes = np.concatenate(frames), np.concatenate(pixel_boxes)
+    pixel_boxes = np.concatenate(pixel_boxes)
     crop_landmarks = face.to_crop_coords(landmarks, pixel_boxes, config.size)
 
     stage("features")
@@ -229,7 +249,6 @@ def prepare_clip(spec: ClipSpec, config: PrepConfig, models: Models, stage: Stag
                   else face.expression_features(crop_landmarks))
     out: dict[str, Any] = {
         "n_frames": n_frames,
-        "frames": frames,
         "audio": audio.astype(np.float32),
         "landmarks": crop_landmarks,
         "face_box": face.face_mask_boxes(crop_landmarks, config.size),
@@ -237,9 +256,8 @@ def prepare_clip(spec: ClipSpec, config: PrepConfig, models: Models, stage: Stag
     }
     stage("whisper")
     out["whisper"] = models.whisper(out["audio"], n_frames)
-    if models.vae is not None:
-        stage("latents")
-        out["latents"] = encode_latents(models.vae, frames, config.device)
+    if latents:
+        out["latents"] = np.concatenate(latents)
     return out
 
 
@@ -275,13 +293,22 @@ def meta_row(spec: ClipSpec, n_frames: int, files: list[str]) -> dict[str, Any]:
     }
 
 
-def write_clip(store: Path, spec: ClipSpec, arrays: dict[str, Any]) -> dict[str, Any]:
-    """Write a clip folder atomically: fill ``clips/.tmp-{id}-{pid}``, then rename it to ``clips/{id}``."""
-    final = store / "clips" / spec.clip_id
-    tmp = store / "clips" / f".tmp-{spec.clip_id}-{os.getpid()}"
+@contextmanager
+def staging_folder(store: Path, clip_id: str) -> Iterator[Path]:
+    """A fresh ``clips/.tmp-{id}-{pid}`` to fill; removed again if anything fails before :func:`write_clip`."""
+    tmp = store / "clips" / f".tmp-{clip_id}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    media.write_video(tmp / FILES["frames"], arrays["frames"], FPS)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_clip(store: Path, spec: ClipSpec, arrays: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Complete the staging folder ``tmp`` (which holds frames.mp4) and rename it to ``clips/{id}`` atomically."""
+    final = store / "clips" / spec.clip_id
     media.write_audio(tmp / FILES["audio"], arrays["audio"], SAMPLE_RATE)
     keys = ["frames", "audio"]
     for key in ("whisper", "landmarks", "expression", "face_box", "latents"):
@@ -290,7 +317,7 @@ def write_clip(store: Path, spec: ClipSpec, arrays: dict[str, Any]) -> dict[str,
             keys.append(key)
     row = meta_row(spec, arrays["n_frames"], keys)
     (tmp / "meta.json").write_text(json.dumps(row, indent=1) + "\n")
-    os.replace(tmp, final)  # fails (and leaves tmp for the next run's cleanup) if the clip already exists
+    os.replace(tmp, final)  # fails if the clip already exists
     return row
 
 
@@ -309,8 +336,9 @@ def process_clip(spec: ClipSpec, store: Path, config: PrepConfig, models: Models
     failure = store / "failures" / f"{spec.clip_id}.json"
     stage = Stage()
     try:
-        arrays = prepare_clip(spec, config, models, stage)
-        write_clip(store, spec, arrays)
+        with staging_folder(store, spec.clip_id) as tmp:
+            arrays = prepare_clip(spec, config, models, stage, tmp)
+            write_clip(store, spec, arrays, tmp)
     except ClipFailure as exc:
         write_failure(store, spec, exc.reason, stage.name, exc.detail)
         return {"clip_id": spec.clip_id, "status": "failed", "reason": exc.reason, "detail": exc.detail}

@@ -11,7 +11,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -89,7 +89,7 @@ def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> Non
 
 def write_video(
     path: str | os.PathLike,
-    frames: np.ndarray,
+    frames: np.ndarray | Iterable[np.ndarray],
     fps: float,
     audio: np.ndarray | None = None,
     sample_rate: int = SAMPLE_RATE,
@@ -97,40 +97,58 @@ def write_video(
 ) -> None:
     """Write ``frames`` (T, H, W, 3) uint8 RGB as H.264 yuv420p, with an optional mono AAC track.
 
-    Encoding is single-threaded so the same input always gives the same bytes.
+    ``frames`` may also be an iterable of (t, H, W, 3) chunks, encoded as they come, so a long clip never
+    has to be held in memory whole. Encoding is single-threaded so the same input always gives the same
+    bytes, however it is chunked.
     """
     from fractions import Fraction
 
     import av
     from av.video.reformatter import VideoReformatter
 
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"{path}: H.264 yuv420p needs even width and height, got {frames.shape[2]}x{frames.shape[1]}")
+    chunks = iter([frames] if isinstance(frames, np.ndarray) else frames)
     rate = Fraction(fps).limit_denominator(1001)
     with atomic_path(path) as tmp, _open(tmp, "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # Single-threaded and without macroblock-tree rate control: both make x264's output vary run to run.
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
-        stream.thread_count = 1
-        # Every stream must exist before the first packet is muxed (the header is written then).
-        audio_stream = _add_audio_stream(container, sample_rate) if audio is not None else None
+        stream = audio_stream = None
         # Convert to yuv420p ourselves: PyAV's implicit conversion inside encode() is not deterministic, and one
         # reused reformatter is ~10x faster than a fresh conversion context per frame.
         to_yuv = VideoReformatter()
-        for i, image in enumerate(frames):
-            frame = to_yuv.reformat(av.VideoFrame.from_ndarray(image, format="rgb24"), format="yuv420p")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
+        n = 0
+        for chunk in chunks:
+            chunk = np.asarray(chunk)
+            if stream is None:
+                _check_frames(path, chunk)
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height = chunk.shape[2], chunk.shape[1]
+                stream.pix_fmt = "yuv420p"
+                # Single-threaded and without macroblock-tree rate control: both make x264's output vary run
+                # to run.
+                stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
+                stream.thread_count = 1
+                # Every stream must exist before the first packet is muxed (the header is written then).
+                audio_stream = _add_audio_stream(container, sample_rate) if audio is not None else None
+            elif chunk.shape[1:] != (stream.height, stream.width, 3) or chunk.dtype != np.uint8:
+                raise ValueError(f"{path}: chunk of {chunk.shape} {chunk.dtype} after {stream.width}x"
+                                 f"{stream.height} uint8 frames")
+            for image in chunk:
+                frame = to_yuv.reformat(av.VideoFrame.from_ndarray(image, format="rgb24"), format="yuv420p")
+                frame.pts = n
+                n += 1
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+        if stream is None:
+            raise ValueError(f"{path}: no frames to write")
         for packet in stream.encode(None):
             container.mux(packet)
         if audio_stream is not None:
             _encode_audio(container, audio_stream, audio, sample_rate)
+
+
+def _check_frames(path: str | os.PathLike, frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"{path}: H.264 yuv420p needs even width and height, got {frames.shape[2]}x{frames.shape[1]}")
 
 
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

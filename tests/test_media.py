@@ -60,6 +60,18 @@ def test_encoding_is_deterministic(tmp_path):
     assert len(digests) == 1
 
 
+def test_chunked_frames_give_the_same_file(tmp_path):
+    frames = np.random.default_rng(1).integers(0, 256, (20, 32, 48, 3), dtype=np.uint8)
+    media.write_video(tmp_path / "whole.mp4", frames, fps=25, audio=_click(0.8))
+    media.write_video(tmp_path / "chunks.mp4", (frames[i:i + 7] for i in range(0, 20, 7)), fps=25, audio=_click(0.8))
+    assert (tmp_path / "whole.mp4").read_bytes() == (tmp_path / "chunks.mp4").read_bytes()
+    with pytest.raises(ValueError, match="chunk of"):
+        media.write_video(tmp_path / "mixed.mp4", iter([frames[:4], frames[:4, :16]]), fps=25)
+    with pytest.raises(ValueError, match="no frames"):
+        media.write_video(tmp_path / "empty.mp4", iter([]), fps=25)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks.mp4", "whole.mp4"]
+
+
 def test_errors_name_the_file(tmp_path):
     media.write_video(tmp_path / "silent.mp4", _frames(), fps=30)
     with pytest.raises(media.MediaError, match="silent.mp4: no audio track"):

@@ -198,3 +198,43 @@ def test_synthetic_generator_output_prepares_cleanly(prepared, tmp_path):
     rows = _manifest(store)
     assert {r["split"] for r in rows.values() if r["identity"] == "M003"} == {"test"}
     assert {r["n_frames"] for r in rows.values()} == {30}, rows
+
+
+def test_long_clip_is_streamed_in_chunks(prepared, tmp_path, monkeypatch):
+    """Frames and latents are encoded chunk by chunk: same files as one whole-clip chunk, bounded memory."""
+    import tracemalloc
+
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from data_prep import pipeline
+    from data_prep.layouts import ClipSpec
+
+    video, audio = fx.mead_paths(tmp_path / "raw", "M003", "angry", 3, 1)
+    fx.write_clip(video, 6.0, 30, 0, audio=audio)  # 150 frames at 25 fps
+    spec = ClipSpec("M003_angry_3_001", "mead", "M003", "angry", 3, video, audio)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=[32] * 4, down_block_types=["DownEncoderBlock2D"] * 4,
+                                       latent_channels=4)
+    vae.save_pretrained(tmp_path / "vae")
+    monkeypatch.setattr(pipeline, "_FRAME_CACHE_BYTES", 0)  # decode per chunk: only the output side is measured
+
+    def prepare(chunk: int, config: PrepConfig) -> tuple[dict[str, bytes], int]:
+        monkeypatch.setattr(pipeline, "_CHUNK", chunk)
+        store = tmp_path / f"store-{chunk}-{config.size}"
+        models = pipeline.Models(config)
+        _ = models.whisper, models.vae  # loaded outside the measurement
+        tracemalloc.start()
+        assert pipeline.process_clip(spec, store, config, models)["status"] == "done"
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert not list((store / "clips").glob(".tmp-*"))
+        return {p.name: p.read_bytes() for p in (store / "clips" / spec.clip_id).iterdir()}, peak
+
+    with_latents = PrepConfig(size=32, landmarks="sidecar", whisper=str(prepared["whisper"]),
+                              latents=str(tmp_path / "vae"))
+    files = prepare(16, with_latents)[0]
+    assert "latents.npy" in files and files == prepare(1000, with_latents)[0]
+    large = PrepConfig(size=256, landmarks="sidecar", whisper=str(prepared["whisper"]))
+    (chunked, peak_chunked), (whole, peak_whole) = prepare(16, large), prepare(1000, large)
+    assert chunked == whole
+    clip_bytes = 150 * 256 * 256 * 3
+    assert peak_chunked < clip_bytes / 2 and peak_whole - peak_chunked > clip_bytes, (peak_chunked, peak_whole)
