@@ -457,7 +457,10 @@ def method_name(table: str, mode: str) -> tuple[str, str]:
 
 
 def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    if value is None:
+        return "n/a"
+    # A tiny non-zero value (e.g. FID of near-constant random-backbone features) must not read as a perfect 0.
+    return f"{value:.2e}" if 0 < abs(value) < 5e-5 else f"{value:.4f}"
 
 
 def render_markdown(results: dict[str, Any]) -> str:

@@ -166,3 +166,10 @@ def test_random_backbones_are_the_real_architectures_and_labelled(store, tmp_pat
     metrics = build_metrics(EvalConfig(), bb, torch.device("cpu"))
     weights = metrics.weights()
     assert all(info["status"] == "random" and info["name"].startswith("RANDOM WEIGHTS") for info in weights.values())
+
+
+def test_table_numbers_never_round_a_tiny_value_to_zero():
+    from dicetalk.evaluate import _fmt
+
+    assert [_fmt(v) for v in (None, 0.0, 2.8e-13, 54.06824, 0.0448)] == ["n/a", "0.0000", "2.80e-13", "54.0682",
+                                                                        "0.0448"]
