@@ -44,6 +44,24 @@ def next_hpc_checkpoint(root: str | os.PathLike) -> Path:
     return Path(root) / f"hpc_ckpt_{n}.ckpt"
 
 
+def prune_hpc_checkpoints(newest: str | os.PathLike, keep: int = 1) -> list[Path]:
+    """Delete the hpc checkpoints numbered below ``newest`` (a complete one) in its folder, keeping
+    ``keep`` in all (``newest`` included). Returns the deleted paths.
+
+    Each SLURM requeue adds one hpc checkpoint (a full-size talker's is several GB), so without this a long
+    run fills its disk quota with states it will never resume from.
+    """
+    newest = Path(newest)
+    match = _HPC.fullmatch(newest.name)
+    if match is None or keep < 1:
+        return []
+    older = [p for p in hpc_checkpoints(newest.parent) if int(_HPC.fullmatch(p.name).group(1)) < int(match.group(1))]
+    doomed = older[: max(0, len(older) - (keep - 1))]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
 def last_checkpoints(dirs: Iterable[str | os.PathLike]) -> list[Path]:
     """``last.ckpt`` / ``last-v<k>.ckpt`` files directly in any of ``dirs``."""
     return [p for d in map(Path, dirs) if d.is_dir() for p in d.iterdir() if _LAST.fullmatch(p.name)]

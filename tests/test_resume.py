@@ -11,7 +11,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dicetalk.resume import newest_checkpoint, next_hpc_checkpoint, resolve_ckpt_path, run_checkpoints
+from dicetalk.resume import (hpc_checkpoints, newest_checkpoint, next_hpc_checkpoint, prune_hpc_checkpoints,
+                             resolve_ckpt_path, run_checkpoints)
 from toy_training import train
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -49,6 +50,16 @@ def test_next_hpc_checkpoint_numbers_like_lightning(tmp_path):
     _touch(tmp_path / "hpc_ckpt_10.ckpt", 1)
     _touch(tmp_path / "hpc_ckpt_x.ckpt", 1)  # not Lightning's: ignored
     assert next_hpc_checkpoint(tmp_path) == tmp_path / "hpc_ckpt_11.ckpt"
+
+
+def test_prune_hpc_checkpoints_keeps_the_newest(tmp_path):
+    files = {n: _touch(tmp_path / f"hpc_ckpt_{n}.ckpt", n) for n in (1, 2, 9, 10, 11)}
+    other = _touch(tmp_path / "last.ckpt", 1)
+    assert prune_hpc_checkpoints(files[10], keep=2) == [files[1], files[2]]  # 9 and 10 kept, 11 is newer
+    assert hpc_checkpoints(tmp_path) == [files[9], files[10], files[11]]
+    assert prune_hpc_checkpoints(files[11]) == [files[9], files[10]]
+    assert prune_hpc_checkpoints(other) == [] and other.is_file()  # only hpc checkpoints are touched
+    assert hpc_checkpoints(tmp_path) == [files[11]]
 
 
 def test_run_checkpoints_finds_hpc_and_last_files(tmp_path):
@@ -133,8 +144,11 @@ def test_signal_checkpoint_then_resume_matches_uninterrupted_run(tmp_path):
         assert not (root / "final.pt").exists()
         # last.ckpt (saved every 3 steps) is older than the signal checkpoint: resume takes the signal one
         assert (root / "checkpoints" / "last.ckpt").is_file()
+        assert hpc_checkpoints(root) == [hpc]  # under SLURM, Lightning's hpc_ckpt_1 was superseded and deleted
 
+        stale = _touch(root / "hpc_ckpt_0.ckpt", 1)  # an older requeue's state
         resumed = train(root, MAX_STEPS, every_n_steps=EVERY)
+        assert not stale.exists() and hpc.is_file()  # deleted once the run resumed from the newer one
         assert resumed.seen_steps == list(range(step + 1, MAX_STEPS))  # continued, nothing repeated
         assert resumed.global_step == reference.global_step
         for key, value in reference.state_dict().items():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import signal
+from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from dicetalk.resume import checkpoint_dir, next_hpc_checkpoint
+from dicetalk.resume import checkpoint_dir, next_hpc_checkpoint, prune_hpc_checkpoints
 
 NonFiniteAction = Literal["stop", "skip"]
 
@@ -108,11 +109,15 @@ class CheckpointOnSignal(Callback):
     Under SLURM with Lightning's auto-requeue, Lightning already owns the requeue signal (SIGUSR1 by default:
     it saves an hpc checkpoint and runs ``scontrol requeue``), so this callback leaves that signal alone
     and handles SIGTERM, which SLURM sends on requeue, preemption and ``scancel``.
+
+    Older hpc checkpoints are deleted once a newer one is known to be good (``keep_hpc`` are kept): when a
+    run has resumed from one, and after this callback saved one.
     """
 
-    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
+    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1"), keep_hpc: int = 1):
         self.signals = tuple(signal.Signals[name] if isinstance(name, str) else signal.Signals(name)
                              for name in signals)
+        self.keep_hpc = keep_hpc
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
@@ -128,6 +133,8 @@ class CheckpointOnSignal(Callback):
         for signum in self.signals:
             if signum != lightning_owned:
                 self._previous[signum] = signal.signal(signum, self._handler)
+        if trainer.ckpt_path:  # restored without error by now
+            self._prune(trainer, trainer.ckpt_path)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -135,6 +142,7 @@ class CheckpointOnSignal(Callback):
             return
         path = next_hpc_checkpoint(trainer.default_root_dir)
         trainer.save_checkpoint(path)
+        self._prune(trainer, path)
         name = self.received.name if self.received is not None else "a signal on another rank"
         rank_zero_info(f"{name}: saved {path} at global step {trainer.global_step}; stopping")
         code = 128 + (self.received or signal.SIGTERM)
@@ -143,6 +151,11 @@ class CheckpointOnSignal(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
+
+    def _prune(self, trainer: pl.Trainer, newest: str | Path) -> None:
+        if trainer.is_global_zero:
+            for path in prune_hpc_checkpoints(newest, self.keep_hpc):
+                rank_zero_info(f"deleted {path}, superseded by {newest}")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
