@@ -213,3 +213,18 @@ def test_datamodule(store):
     np.testing.assert_allclose(std.numpy(), frames.std(0), rtol=1e-5)
     with pytest.raises(ValueError, match="no labelled MEAD clips"):
         EmbedderDataModule(str(store.root), window=WINDOW, val_splits=["test"]).setup("validate")
+
+
+def test_each_epoch_gets_a_new_order_through_lightnings_set_epoch_hook(store):
+    """Lightning calls set_epoch on dataloader.sampler and dataloader.batch_sampler.sampler, never on the
+    batch sampler itself: the epoch must still reach KeyAwareBatchSampler."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    dm = EmbedderDataModule(str(store.root), window=WINDOW, batch_size=4, num_workers=0, repeats=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in (0, 1, 0):
+        _set_sampler_epoch(loader, epoch)  # what the fit loop does at every epoch start
+        epochs.append(list(loader.batch_sampler))
+    assert epochs[0] != epochs[1] and epochs[0] == epochs[2]

@@ -180,3 +180,24 @@ def test_datamodule_batches_are_balanced(store_root):
             break
     val = next(iter(dm.val_dataloader()))
     assert val["pixels"].shape[0] == 2
+
+
+def test_each_epoch_gets_a_new_order_through_lightnings_set_epoch_hook(store_root):
+    """Lightning calls set_epoch on dataloader.sampler and dataloader.batch_sampler.sampler, never on the
+    batch sampler itself: the epoch must still reach BalancedBatchSampler."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    dm = TalkerDataModule(**tiny_data_args(store_root, batch_size=4))
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in (0, 1, 0):
+        _set_sampler_epoch(loader, epoch)  # what the fit loop does at every epoch start
+        epochs.append(list(loader.batch_sampler))
+    assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
+    # under Trainer(overfit_batches=...) every epoch replays epoch 0
+    from types import SimpleNamespace
+
+    loader.batch_sampler.follow(SimpleNamespace(overfit_batches=1))
+    _set_sampler_epoch(loader, 1)
+    assert list(loader.batch_sampler) == epochs[0]

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from dicetalk.constants import EMOTION_TO_ID
+from dicetalk.data.epochs import EpochBatchSampler
 from dicetalk.data.store import Clip, Store
 
 _CLIP_SUFFIX = re.compile(r"_\d+$")
@@ -142,7 +143,7 @@ class PairDataset(Dataset):
         }
 
 
-class KeyAwareBatchSampler(Sampler[list[tuple[int, int]]]):
+class KeyAwareBatchSampler(EpochBatchSampler[list[tuple[int, int]]]):
     """Batches of ``(group_index, seed)`` in which no group (= positive key) appears twice.
 
     Every epoch each group appears ``repeats`` times. Global batches of ``batch_size * num_replicas``
@@ -163,11 +164,6 @@ class KeyAwareBatchSampler(Sampler[list[tuple[int, int]]]):
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         self.n_groups, self.batch_size, self.repeats = n_groups, batch_size, repeats
         self.seed, self.shuffle, self.num_replicas, self.rank = seed, shuffle, num_replicas, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at every epoch start, like DistributedSampler.set_epoch."""
-        self.epoch = epoch
 
     def _global_batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -285,6 +281,7 @@ class EmbedderDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         h = self.hparams
         sampler = KeyAwareBatchSampler(len(self.train_set), h.batch_size, h.repeats, h.seed, True, world, rank)
+        sampler.follow(self.trainer)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0)
 

@@ -26,11 +26,12 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from dicetalk.conditioning import face_box_mask
 from dicetalk.constants import EMOTION_TO_ID
 from dicetalk.data.embedder_data import read_window
+from dicetalk.data.epochs import EpochBatchSampler
 from dicetalk.data.store import Clip, Store
 from dicetalk.media import read_frames
 from dicetalk.resume import batches_done_in_epoch
@@ -128,8 +129,10 @@ class TalkerDataset(Dataset):
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         return x
 
-    def __getitem__(self, item: Item) -> dict[str, torch.Tensor]:
-        index, seed = item
+    def __getitem__(self, item: Item | int) -> dict[str, torch.Tensor]:
+        # A plain index (what Lightning's SequentialSampler gives under --trainer.overfit_batches) uses the
+        # index as its seed: the same window and reference every time.
+        index, seed = (item, item) if isinstance(item, int) else item
         clip = self.clips[index]
         rng = np.random.default_rng(seed)
         start, ref = choose_span_and_reference(clip.n_frames, self.span, self.min_ref_gap, rng)
@@ -164,7 +167,7 @@ class TalkerDataset(Dataset):
         return sample
 
 
-class BalancedBatchSampler(Sampler[list[Item]]):
+class BalancedBatchSampler(EpochBatchSampler[list[Item]]):
     """Per-rank batches of ``batch_size`` items: the first half from the emotion set, the second from the
     regular set, in every batch and on every rank.
 
@@ -196,11 +199,6 @@ class BalancedBatchSampler(Sampler[list[Item]]):
             raise ValueError(f"BalancedBatchSampler: rank {rank} outside [0, {num_replicas})")
         self.sets = (np.asarray(emotion_indices), np.asarray(regular_indices))
         self.half, self.seed, self.num_replicas, self.rank, self.skip = batch_size // 2, seed, num_replicas, rank, skip
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at every epoch start."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return max(1, max(len(s) for s in self.sets) // (self.half * self.num_replicas))
@@ -312,7 +310,7 @@ class TalkerDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = self.train_sampler(rank, world, batches_done_in_epoch(self.trainer))
+        sampler = self.train_sampler(rank, world, batches_done_in_epoch(self.trainer)).follow(self.trainer)
         h = self.hparams
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0)
