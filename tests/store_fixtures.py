@@ -174,3 +174,15 @@ def make_fake_store(
     (root / "failures.jsonl").write_text("")
     (root / "prep.log").write_text("fake store written by tests/store_fixtures.py\n")
     return root
+
+
+def batches_by_epoch(loader, epochs: Sequence[int]) -> list[list]:
+    """The batch sampler's batches after Lightning's own epoch hook (what the fit loop calls at every epoch
+    start: set_epoch on dataloader.sampler and dataloader.batch_sampler.sampler) for each of ``epochs``."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    orders = []
+    for epoch in epochs:
+        _set_sampler_epoch(loader, epoch)
+        orders.append(list(loader.batch_sampler))
+    return orders

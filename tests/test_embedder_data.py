@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from store_fixtures import make_fake_store
+from store_fixtures import batches_by_epoch, make_fake_store
 from torch.utils.data import DataLoader
 
 from dicetalk.constants import EMOTION_TO_ID
@@ -216,15 +216,7 @@ def test_datamodule(store):
 
 
 def test_each_epoch_gets_a_new_order_through_lightnings_set_epoch_hook(store):
-    """Lightning calls set_epoch on dataloader.sampler and dataloader.batch_sampler.sampler, never on the
-    batch sampler itself: the epoch must still reach KeyAwareBatchSampler."""
-    from lightning.fabric.utilities.data import _set_sampler_epoch
-
     dm = EmbedderDataModule(str(store.root), window=WINDOW, batch_size=4, num_workers=0, repeats=2)
     dm.setup("fit")
-    loader = dm.train_dataloader()
-    epochs = []
-    for epoch in (0, 1, 0):
-        _set_sampler_epoch(loader, epoch)  # what the fit loop does at every epoch start
-        epochs.append(list(loader.batch_sampler))
-    assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
+    first, second, first_again = batches_by_epoch(dm.train_dataloader(), (0, 1, 0))
+    assert first != second and first == first_again

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from dicetalk.data.talker_data import (
     span_length,
     whisper_windows,
 )
+from store_fixtures import batches_by_epoch
 from talker_fixtures import make_talker_store, tiny_data_args
 
 
@@ -183,21 +185,11 @@ def test_datamodule_batches_are_balanced(store_root):
 
 
 def test_each_epoch_gets_a_new_order_through_lightnings_set_epoch_hook(store_root):
-    """Lightning calls set_epoch on dataloader.sampler and dataloader.batch_sampler.sampler, never on the
-    batch sampler itself: the epoch must still reach BalancedBatchSampler."""
-    from lightning.fabric.utilities.data import _set_sampler_epoch
-
     dm = TalkerDataModule(**tiny_data_args(store_root, batch_size=4))
     dm.setup("fit")
     loader = dm.train_dataloader()
-    epochs = []
-    for epoch in (0, 1, 0):
-        _set_sampler_epoch(loader, epoch)  # what the fit loop does at every epoch start
-        epochs.append(list(loader.batch_sampler))
-    assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
+    first, second, first_again = batches_by_epoch(loader, (0, 1, 0))
+    assert first != second and first == first_again
     # under Trainer(overfit_batches=...) every epoch replays epoch 0
-    from types import SimpleNamespace
-
     loader.batch_sampler.follow(SimpleNamespace(overfit_batches=1))
-    _set_sampler_epoch(loader, 1)
-    assert list(loader.batch_sampler) == epochs[0]
+    assert batches_by_epoch(loader, (1,)) == [first]
