@@ -186,3 +186,12 @@ def batches_by_epoch(loader, epochs: Sequence[int]) -> list[list]:
         _set_sampler_epoch(loader, epoch)
         orders.append(list(loader.batch_sampler))
     return orders
+
+
+def fake_trainer(batches_done: int = 0, overfit_batches: int = 0):
+    """What EpochBatchSampler.follow reads from a Trainer: its overfit setting and epoch progress."""
+    from types import SimpleNamespace
+
+    progress = SimpleNamespace(is_last_batch=False, current=SimpleNamespace(processed=batches_done))
+    return SimpleNamespace(overfit_batches=overfit_batches,
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from store_fixtures import batches_by_epoch, make_fake_store
+from store_fixtures import batches_by_epoch, fake_trainer, make_fake_store
 from torch.utils.data import DataLoader
 
 from dicetalk.constants import EMOTION_TO_ID
@@ -213,6 +213,17 @@ def test_datamodule(store):
     np.testing.assert_allclose(std.numpy(), frames.std(0), rtol=1e-5)
     with pytest.raises(ValueError, match="no labelled MEAD clips"):
         EmbedderDataModule(str(store.root), window=WINDOW, val_splits=["test"]).setup("validate")
+
+
+def test_key_aware_sampler_resumes_mid_epoch():
+    """A run resumed after k batches of an epoch gets the rest of that epoch (same groups, same seeds)."""
+    full = KeyAwareBatchSampler(30, 4, 2, seed=3)
+    full.set_epoch(2)
+    expected = list(full)
+    resumed = KeyAwareBatchSampler(30, 4, 2, seed=3).follow(fake_trainer(batches_done=5))
+    resumed.set_epoch(2)
+    assert list(resumed) == expected[5:]
+    assert list(resumed) == expected and len(resumed) == len(expected)  # only the first pass skips
 
 
 def test_each_epoch_gets_a_new_order_through_lightnings_set_epoch_hook(store):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from dicetalk.data.talker_data import (
     span_length,
     whisper_windows,
 )
-from store_fixtures import batches_by_epoch
+from store_fixtures import batches_by_epoch, fake_trainer
 from talker_fixtures import make_talker_store, tiny_data_args
 
 
@@ -191,5 +190,5 @@ def test_each_epoch_gets_a_new_order_through_lightnings_set_epoch_hook(store_roo
     first, second, first_again = batches_by_epoch(loader, (0, 1, 0))
     assert first != second and first == first_again
     # under Trainer(overfit_batches=...) every epoch replays epoch 0
-    loader.batch_sampler.follow(SimpleNamespace(overfit_batches=1))
+    loader.batch_sampler.follow(fake_trainer(overfit_batches=1))
     assert batches_by_epoch(loader, (1,)) == [first]

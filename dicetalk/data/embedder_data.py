@@ -150,6 +150,7 @@ class KeyAwareBatchSampler(EpochBatchSampler[list[tuple[int, int]]]):
     distinct groups are formed (the same on every rank: same seed and epoch) and rank r takes the r-th
     slice, so the rows gathered across ranks are also key-distinct and every rank has the same number of
     equal-size batches (all_gather in the loss needs equal shapes). The last incomplete batch is dropped.
+    Resumable mid-epoch (``skip``, see :class:`EpochBatchSampler`).
     """
 
     def __init__(self, n_groups: int, batch_size: int, repeats: int = 1, seed: int = 0, shuffle: bool = True,
@@ -189,9 +190,11 @@ class KeyAwareBatchSampler(EpochBatchSampler[list[tuple[int, int]]]):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        for batch in self._global_batches():
+        skip = self.take_skip()
+        for b, batch in enumerate(self._global_batches()):
             seeds = rng.integers(0, 2**63 - 1, size=len(batch))  # drawn for the global batch: rank-independent
-            yield [(g, int(s)) for g, s in zip(batch[lo:hi], seeds[lo:hi])]
+            if b >= skip:
+                yield [(g, int(s)) for g, s in zip(batch[lo:hi], seeds[lo:hi])]
 
     def __len__(self) -> int:
         return len(self._global_batches())

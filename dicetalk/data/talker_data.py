@@ -34,7 +34,6 @@ from dicetalk.data.embedder_data import read_window
 from dicetalk.data.epochs import EpochBatchSampler
 from dicetalk.data.store import Clip, Store
 from dicetalk.media import read_frames
-from dicetalk.resume import batches_done_in_epoch
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ class BalancedBatchSampler(EpochBatchSampler[list[Item]]):
             orders.append(np.concatenate([rng.permutation(indices) for _ in range(repeats)]))
         seeds = rng.integers(0, 2**63 - 1, size=(n_batches, 2, per_global))
         lo, hi = self.rank * self.half, (self.rank + 1) * self.half
-        skip, self.skip = self.skip, 0
+        skip = self.take_skip()
         for b in range(skip, n_batches):
             batch = []
             for s, order in enumerate(orders):
@@ -310,7 +309,7 @@ class TalkerDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = self.train_sampler(rank, world, batches_done_in_epoch(self.trainer)).follow(self.trainer)
+        sampler = self.train_sampler(rank, world).follow(self.trainer)
         h = self.hparams
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0)
