@@ -109,7 +109,7 @@ def test_balanced_sampler_shards_by_rank():
 def test_sampler_skip_resumes_mid_epoch():
     emotion, regular = list(range(20)), list(range(20, 26))
     full = list(BalancedBatchSampler(emotion, regular, 4, seed=7))
-    resumed = BalancedBatchSampler(emotion, regular, 4, seed=7, skip=3)
+    resumed = BalancedBatchSampler(emotion, regular, 4, seed=7).follow(fake_trainer(batches_done=3))
     assert list(resumed) == full[3:]
     assert list(resumed) == full  # only the first pass skips
     assert len(resumed) == len(full)

@@ -185,7 +185,6 @@ class BalancedBatchSampler(EpochBatchSampler[list[Item]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
-        skip: int = 0,
     ):
         if batch_size < 2 or batch_size % 2:
             raise ValueError(f"BalancedBatchSampler: batch_size must be even and >= 2, got {batch_size}")
@@ -197,7 +196,7 @@ class BalancedBatchSampler(EpochBatchSampler[list[Item]]):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"BalancedBatchSampler: rank {rank} outside [0, {num_replicas})")
         self.sets = (np.asarray(emotion_indices), np.asarray(regular_indices))
-        self.half, self.seed, self.num_replicas, self.rank, self.skip = batch_size // 2, seed, num_replicas, rank, skip
+        self.half, self.seed, self.num_replicas, self.rank = batch_size // 2, seed, num_replicas, rank
 
     def __len__(self) -> int:
         return max(1, max(len(s) for s in self.sets) // (self.half * self.num_replicas))
@@ -300,12 +299,12 @@ class TalkerDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def train_sampler(self, rank: int = 0, world: int = 1, skip: int = 0) -> BalancedBatchSampler:
+    def train_sampler(self, rank: int = 0, world: int = 1) -> BalancedBatchSampler:
         """The balanced batch sampler of the training set for one rank."""
         h = self.hparams
         emotion = [i for i, c in enumerate(self.train_set.clips) if c.dataset in h.emotion_sets]
         regular = [i for i, c in enumerate(self.train_set.clips) if c.dataset not in h.emotion_sets]
-        return BalancedBatchSampler(emotion, regular, h.batch_size, h.seed, world, rank, skip)
+        return BalancedBatchSampler(emotion, regular, h.batch_size, h.seed, world, rank)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
